@@ -1,0 +1,1 @@
+"""icm: independent mechanisms in deep convolutional generators."""
