@@ -12,6 +12,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+# The generator's four convolution levels, from latent to image (paper Fig. 4b).
+LEVELS: tuple[str, ...] = ("coarse", "intermediate", "fine", "image")
+
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """Return the sub-module of ``model`` called ``name``.

@@ -1,0 +1,93 @@
+"""Training job: instantiate data, model, callbacks, loggers and trainer from a composed
+config, fit, and return the final metrics. `python -m icm.train` runs it like `icm-train`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from icm.config import validate
+from icm.run import RunGuard, update_status, wandb_run_id
+
+log = logging.getLogger(__name__)
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    """Loggers from `cfg.logger`; the wandb run id is tied to the run directory (resume)."""
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if logger_cfg is None or "_target_" not in logger_cfg:
+            continue
+        extra: dict[str, Any] = {}
+        if "Wandb" in logger_cfg._target_:
+            os.environ.setdefault("WANDB_MODE", "offline" if logger_cfg.get("offline", True)
+                                  else "online")
+            os.environ.setdefault("WANDB_SILENT", "true")
+            extra = {"id": wandb_run_id(run_dir, cfg.get("ckpt_path")), "resume": "allow"}
+            if logger_cfg.get("group") is None:
+                extra["group"] = cfg.task_name
+        log.info("logger %s", name)
+        loggers.append(instantiate(logger_cfg, **extra))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
+    callbacks: list[pl.Callback] = [RunGuard(run_dir)]
+    for callback_cfg in (cfg.get("callbacks") or {}).values():
+        if callback_cfg is not None and "_target_" in callback_cfg:
+            callbacks.append(instantiate(callback_cfg))
+    return callbacks
+
+
+def _close_wandb() -> None:
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+    except Exception as exc:  # closing must never hide the job's own outcome
+        log.warning("wandb.finish failed: %s", exc)
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float]:
+    """Fit the configured model; returns the final callback metrics as floats.
+
+    `run_dir` defaults to `cfg.paths.output_dir` (Hydra's run directory).
+    """
+    validate(cfg)
+    run_dir = Path(run_dir or cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(int(cfg.seed), workers=True)
+
+    datamodule = instantiate(cfg.data.datamodule)
+    model = instantiate(cfg.model)
+    callbacks = build_callbacks(cfg, run_dir)
+    loggers = build_loggers(cfg, run_dir)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    if trainer.is_global_zero:
+        for lg in loggers:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path: no checkpoint file at {ckpt_path}")
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        _close_wandb()
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if trainer.is_global_zero:
+        update_status(run_dir, metrics=metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    from icm.cli.train import main
+
+    main()
