@@ -9,13 +9,25 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from icm.config import validate
+from icm.config import ConfigError, validate
 from icm.run import RunGuard, update_status, wandb_run_id
 
 log = logging.getLogger(__name__)
+
+
+def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate` whose errors read as one line naming the config key."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, FileNotFoundError | ValueError | TypeError):
+            raise ConfigError(f"{key}: {str(cause).strip().splitlines()[0]}") from cause
+        raise
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
@@ -33,15 +45,15 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
             if logger_cfg.get("group") is None:
                 extra["group"] = cfg.task_name
         log.info("logger %s", name)
-        loggers.append(instantiate(logger_cfg, **extra))
+        loggers.append(build(logger_cfg, f"logger.{name}", **extra))
     return loggers
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     callbacks: list[pl.Callback] = [RunGuard(run_dir)]
-    for callback_cfg in (cfg.get("callbacks") or {}).values():
+    for name, callback_cfg in (cfg.get("callbacks") or {}).items():
         if callback_cfg is not None and "_target_" in callback_cfg:
-            callbacks.append(instantiate(callback_cfg))
+            callbacks.append(build(callback_cfg, f"callbacks.{name}"))
     return callbacks
 
 
@@ -65,11 +77,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(int(cfg.seed), workers=True)
 
-    datamodule = instantiate(cfg.data.datamodule)
-    model = instantiate(cfg.model)
+    datamodule = build(cfg.data.datamodule, "data")
+    model = build(cfg.model, "model")
     callbacks = build_callbacks(cfg, run_dir)
     loggers = build_loggers(cfg, run_dir)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks,
+                                logger=loggers or False)
 
     if trainer.is_global_zero:
         for lg in loggers:

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from icm.cli import CONF_DIR
 from icm.cli.common import run_cli
 from icm.config import ConfigError, validate
+from icm.run import update_status
 
 log = logging.getLogger("icm.train")
 
@@ -22,6 +23,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except (ConfigError, FileNotFoundError, FloatingPointError) as exc:
+        update_status(cfg.paths.output_dir, status="failed", reason=str(exc))
         print(f"icm-train: error: {exc}", file=sys.stderr)
         sys.exit(1)
     return metrics.get("val/loss", metrics.get("train/loss"))
