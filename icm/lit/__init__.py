@@ -1,1 +1,8 @@
-"""icm: independent mechanisms in deep convolutional generators."""
+"""LightningModules (BetaVAE, DCGAN), their losses and the SDR regularizer (eq. 17)."""
+
+from icm.lit.base import GenerativeModule
+from icm.lit.gan import DCGAN
+from icm.lit.regularizer import SDRRegularizer, regularizer_config
+from icm.lit.vae import BetaVAE
+
+__all__ = ["DCGAN", "BetaVAE", "GenerativeModule", "SDRRegularizer", "regularizer_config"]
