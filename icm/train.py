@@ -30,6 +30,24 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         raise
 
 
+def sweep_identity(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]:
+    """wandb group and tags of a job: a multirun's jobs share the sweep directory's name as
+    their group and carry their own overrides (the swept values) as tags."""
+    group, tags = logger_cfg.get("group"), list(logger_cfg.get("tags") or [])
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            group = group or Path(hc.sweep.dir).name
+            tags += [o for o in hc.overrides.task
+                     if not o.startswith(("hydra.", "+sweeps", "sweeps"))]
+    except ValueError:  # not running under Hydra (API use, tests)
+        pass
+    return {"group": group or cfg.task_name, "tags": [t[:64] for t in tags]}
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     """Loggers from `cfg.logger`; the wandb run id is tied to the run directory (resume)."""
     loggers = []
@@ -41,9 +59,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
             os.environ.setdefault("WANDB_MODE", "offline" if logger_cfg.get("offline", True)
                                   else "online")
             os.environ.setdefault("WANDB_SILENT", "true")
-            extra = {"id": wandb_run_id(run_dir, cfg.get("ckpt_path")), "resume": "allow"}
-            if logger_cfg.get("group") is None:
-                extra["group"] = cfg.task_name
+            extra = {"id": wandb_run_id(run_dir, cfg.get("ckpt_path")), "resume": "allow",
+                     **sweep_identity(cfg, logger_cfg)}
         log.info("logger %s", name)
         loggers.append(build(logger_cfg, f"logger.{name}", **extra))
     return loggers

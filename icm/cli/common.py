@@ -22,6 +22,9 @@ from icm.run import LAST_CKPT
 _VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
                 "--experimental-rerun", "--info", "-i", "--cfg", "-c", "--package", "-p"}
 MAX_PRECHECKED_JOBS = 256
+# The repository root on Hydra's search path makes sweeps/*.yaml a config group:
+# `icm-train -m +sweeps=<name>`.
+SWEEPS_SEARCHPATH = f"hydra.searchpath=[file://{CONF_DIR.parent}]"
 
 
 class UsageError(ValueError):
@@ -130,6 +133,8 @@ def run_cli(prog: str, hydra_main: Callable[[], None], config_name: str,
     multirun = "-m" in flags or "--multirun" in flags
     info_only = any(f in flags for f in ("--help", "-h", "--hydra-help", "--info", "-i",
                                          "--cfg", "-c", "--shell-completion", "-sc"))
+    if not any(override_key(o) == "hydra.searchpath" for o in overrides):
+        overrides.append(SWEEPS_SEARCHPATH)
     try:
         resume = [o for o in overrides if override_key(o) == "resume"]
         if resume:
