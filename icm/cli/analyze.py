@@ -20,9 +20,15 @@ PROG = "icm-analyze"
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks before Hydra creates a run directory: a checkpoint path that loads."""
+    """Checks before Hydra creates a run directory: settings (:func:`check_config`) and a
+    checkpoint that loads."""
     from icm.lit.checkpoint import CheckpointError, load_module
+    from icm.report.analysis import check_config
 
+    try:
+        check_config(cfg)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise UsageError("ckpt: missing; give ckpt=<path to a checkpoint written by icm-train>")
     try:

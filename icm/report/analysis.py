@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from icm.callbacks.probe import eval_mode, probe_latents
 from icm.data.faces import FLUO_HAIR, PART_NAMES, extrapolate, render
 from icm.interventions import FLUO_VARIANTS, fluo_hair, stretch, stretch_cause, stretch_probe
-from icm.layers import level_names, record_causes, resolve_layer
+from icm.layers import LEVELS, level_names, record_causes, resolve_layer
 from icm.modules import ModuleResult, find_modules, influence_maps
 from icm.report import ground_truth as gt
 from icm.report.figures import save_figure, scale_bars, sdr_histograms, stretch_grid
@@ -56,6 +56,7 @@ RUN_CONFIG = Path(".hydra") / "config.yaml"
 
 __all__ = [
     "RESULT_KEYS",
+    "check_config",
     "discover_modules",
     "fluo_images",
     "module_templates_figure",
@@ -243,8 +244,6 @@ def _resolve_data(cfg: DictConfig, module: nn.Module, skipped: list[str]) -> _Da
     """Held-out faces (``data.kind`` faces, or auto and the training run used them), the
     training run's own probe batch (auto, other datasets), or nothing."""
     kind = str(cfg.data.kind)
-    if kind not in ("auto", "faces", "none"):
-        raise ValueError(f"data.kind must be one of auto, faces, none; got {kind!r}")
     hparams = dict(module.hparams)
     image_size, channels = int(hparams["image_size"]), int(hparams["image_channels"])
     ckpt = _checkpoint_path(cfg)
@@ -317,12 +316,46 @@ def _sdr_stage(
     return stats, values
 
 
-def _level_order(generator: nn.Module, levels: Sequence[str]) -> list[str]:
+def _level_order(generator: nn.Module, levels: Sequence[str], key: str) -> list[str]:
     known = level_names(generator)
     unknown = [level for level in levels if level not in known]
     if unknown:
-        raise ValueError(f"unknown level(s) {unknown}; the generator has {known}")
+        raise ValueError(f"{key}: unknown level(s) {unknown}; the generator has {known}")
     return [level for level in known if level in set(levels)]
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The analysis settings that can be checked without a model; one-line ValueError naming
+    the key."""
+    if str(cfg.data.kind) not in ("auto", "faces", "none"):
+        raise ValueError(f"data.kind must be one of auto, faces, none; got {cfg.data.kind!r}")
+    for key in ("probe.n", "probe.columns", "data.n_heldout", "modules.k", "modules.n_pairs",
+                "batch_size", "sdr.bins"):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    if int(cfg.data.n_heldout) < 2:
+        raise ValueError(f"data.n_heldout must be at least 2, got {cfg.data.n_heldout}")
+    levels = {"intervention.levels": list(cfg.intervention.levels),
+              "modules.levels": list(cfg.modules.levels),
+              "targeted.level": [cfg.targeted.level], "fluo.level": [cfg.fluo.level]}
+    for key, names in levels.items():
+        unknown = [name for name in names if name not in LEVELS]
+        if unknown:
+            raise ValueError(f"{key}: unknown level(s) {unknown}; levels: {list(LEVELS)}")
+    for key in ("targeted.part", "fluo.part"):
+        if OmegaConf.select(cfg, key) not in PART_NAMES:
+            raise ValueError(f"{key} must be one of {list(PART_NAMES)}, got "
+                             f"{OmegaConf.select(cfg, key)!r}")
+    unknown = [v for v in cfg.fluo.variants if v not in FLUO_VARIANTS]
+    if unknown:
+        raise ValueError(f"fluo.variants: unknown {unknown}; known: {list(FLUO_VARIANTS)}")
+    if not float(cfg.intervention.factor) > 0:
+        raise ValueError(f"intervention.factor must be > 0, got {cfg.intervention.factor}")
+    if str(cfg.intervention.axis) not in ("width", "height"):
+        raise ValueError(
+            f"intervention.axis must be width or height, got {cfg.intervention.axis!r}"
+        )
 
 
 def _module_index(result: ModuleResult, chosen: Any, key: str) -> int:
@@ -434,6 +467,7 @@ def run_analysis(module: nn.Module, cfg: DictConfig, out_dir: str | Path) -> dic
     figures to an offline wandb run in ``out_dir``. Returns the JSON-ready result.
     """
     started = time.perf_counter()
+    check_config(cfg)
     out = Path(out_dir)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -471,7 +505,8 @@ def run_analysis(module: nn.Module, cfg: DictConfig, out_dir: str | Path) -> dic
     # 2. Stretch probe.
     iv = cfg.intervention
     probe = stretch_probe(
-        generator, latents, _level_order(generator, list(iv.levels)), factor=float(iv.factor),
+        generator, latents, _level_order(generator, list(iv.levels), "intervention.levels"),
+        factor=float(iv.factor),
         axis=str(iv.axis), generate=generate, return_images=True,
     )
     probe_images = probe.pop("images")
@@ -484,7 +519,8 @@ def run_analysis(module: nn.Module, cfg: DictConfig, out_dir: str | Path) -> dic
     # 3. Modules.
     mc = cfg.modules
     module_levels = _level_order(
-        generator, [*mc.levels, str(cfg.targeted.level), str(cfg.fluo.level)]
+        generator, [*mc.levels, str(cfg.targeted.level), str(cfg.fluo.level)],
+        "modules.levels, targeted.level, fluo.level",
     )
     use_faces = faces is not None and has_encoder
     if use_faces:
@@ -535,10 +571,12 @@ def run_analysis(module: nn.Module, cfg: DictConfig, out_dir: str | Path) -> dic
                     "part": str(cfg.targeted.part)}
         images = targeted_stretch(generator, level, channels, z_show, factor=float(iv.factor),
                                   axis=str(iv.axis), generate=generate)
-        labels = {"normal": "normal", "targeted": f"{level} m{m} stretched",
-                  "level": f"{level} all stretched", "image": "image stretched"}
+        labels = {"normal": "reconstruction" if use_faces else "normal",
+                  "targeted": f"{level} m{m} stretched", "level": f"{level} all stretched",
+                  "image": "image stretched"}
         shown = {labels[k]: v for k, v in images.items()}
         if use_faces:
+            shown = {"held-out original": faces.images[: len(z_show)], **shown}
             truth, _ = render(extrapolate(faces.factors, eye_spacing=float(iv.factor)),
                               faces.image_size)
             shown[f"truth: eye spacing ×{iv.factor}"] = truth[: len(z_show)]
@@ -559,6 +597,9 @@ def run_analysis(module: nn.Module, cfg: DictConfig, out_dir: str | Path) -> dic
                     "part": str(fc.part), "variants": list(fc.variants)}
             shown = fluo_images(generator, level, channels, z_show, variants=list(fc.variants),
                                 generate=generate)
+            if use_faces:
+                shown = {"held-out original": faces.images[: len(z_show)],
+                         "reconstruction": shown.pop("normal"), **shown}
             if faces is not None:
                 for name, colour in FLUO_HAIR.items():
                     truth, _ = render(extrapolate(faces.factors, hair_colour=colour),
