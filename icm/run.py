@@ -6,6 +6,7 @@ keeps `checkpoints/last.ckpt` and is resumed in place with `icm-train resume=<di
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -61,6 +62,34 @@ def wandb_run_id(run_dir: str | Path, ckpt_path: str | None = None) -> str:
         run_id = uuid.uuid4().hex[:12]
     (Path(run_dir) / WANDB_ID_FILE).write_text(run_id)
     return run_id
+
+
+def checkpoint_step(ckpt_path: str | Path) -> int:
+    """Global step stored in a Lightning checkpoint (weights-only load: no code runs)."""
+    return int(torch.load(ckpt_path, map_location="cpu", weights_only=True)["global_step"])
+
+
+def continue_csv_log(logger: Any, max_step: int) -> int:
+    """Keep the rows (step <= max_step) of an existing `metrics.csv` when a CSVLogger resumes
+    in the same directory; Lightning's writer would otherwise delete the file. Returns the
+    number of rows kept. Rows logged after the checkpoint being resumed are dropped, so each
+    step appears once."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    rows: list[dict[str, str]] = []
+    fields: list[str] = []
+    if path.is_file():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            rows = [r for r in reader if r.get("step") and int(float(r["step"])) <= max_step]
+    writer = logger.experiment  # creating the writer removes the old file
+    if rows:
+        with path.open("w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=fields)
+            out.writeheader()
+            out.writerows(rows)
+        writer.metrics_keys = sorted(fields)
+    return len(rows)
 
 
 class RunGuard(pl.Callback):

@@ -14,7 +14,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from icm.config import ConfigError, validate
-from icm.run import RunGuard, update_status, wandb_run_id
+from icm.run import (
+    RunGuard,
+    checkpoint_step,
+    continue_csv_log,
+    update_status,
+    wandb_run_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +67,10 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
             os.environ.setdefault("WANDB_SILENT", "true")
             extra = {"id": wandb_run_id(run_dir, cfg.get("ckpt_path")), "resume": "allow",
                      **sweep_identity(cfg, logger_cfg)}
-        log.info("logger %s", name)
-        loggers.append(build(logger_cfg, f"logger.{name}", **extra))
+        logger = build(logger_cfg, f"logger.{name}", **extra)
+        if "CSVLogger" in logger_cfg._target_ and cfg.get("ckpt_path"):
+            continue_csv_log(logger, checkpoint_step(cfg.ckpt_path))
+        loggers.append(logger)
     return loggers
 
 

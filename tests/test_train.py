@@ -48,11 +48,13 @@ def options(group: str) -> list[str]:
 @pytest.mark.parametrize("group", ["model", "data", "regularizer", "trainer", "logger",
                                    "callbacks", "intervention", "debug", "experiment"])
 def test_every_config_file_composes_and_instantiates(group, tmp_path, tiny_overrides):
-    write_images(tmp_path / "imgs", 4)
+    write_images(tmp_path / "imgs", 4, size=(178, 218))
     for option in options(group):
-        overrides = [f"{group}={option}", f"data.root={tmp_path / 'imgs'}"]
-        if group == "data" and option in ("celeba", "folder"):
-            overrides.append(f"data.root={tmp_path / 'imgs'}")
+        overrides = [f"{group}={option}"]
+        if group == "data":
+            overrides += ["data.datamodule.batch_size=2", "data.datamodule.val_fraction=0.25"]
+            if option in ("celeba", "folder"):
+                overrides.append(f"data.root={tmp_path / 'imgs'}")
         cfg = compose_cfg(overrides, tmp_path / option)
         if group == "trainer" and cfg.trainer.accelerator == "gpu":
             assert cfg.trainer.devices >= 1  # no GPU here: composed, not instantiated
@@ -90,8 +92,10 @@ def test_each_model_and_dataset_trains(model, data, extra, tmp_path, tiny_overri
     elif data == "folder":
         write_images(root, 24)
     out = tmp_path / "run"
-    cfg = compose_cfg([*tiny_overrides, f"model={model}", f"data={data}",
-                       f"data.root={root}", "logger=csv", *DIAG_FAST, *extra], out)
+    if data in ("celeba", "folder"):
+        extra = [*extra, f"data.root={root}"]
+    cfg = compose_cfg([*tiny_overrides, f"model={model}", f"data={data}", "logger=csv",
+                       *DIAG_FAST, *extra], out)
     metrics = train(cfg)
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
@@ -140,6 +144,14 @@ def test_resume_continues_step_optimizer_metrics_and_wandb_run(tmp_path, tiny_ov
     assert status["status"] == "completed" and status["global_step"] == 8
 
 
+def run_main_in_process(args: list[str], capsys) -> tuple[int, str]:
+    from icm.cli.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return exit_info.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "override,key",
     [
@@ -152,13 +164,21 @@ def test_resume_continues_step_optimizer_metrics_and_wandb_run(tmp_path, tiny_ov
         ("model.no_such_key=1", "no_such_key"),
     ],
 )
-def test_bad_value_fails_with_one_line_naming_the_key(override, key, tmp_path):
-    result = run_cli([*override.split(), f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
-    assert result.returncode != 0
-    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
+def test_bad_value_fails_with_one_line_naming_the_key(override, key, tmp_path, capsys):
+    code, err = run_main_in_process([*override.split(), f"hydra.run.dir={tmp_path / 'run'}"],
+                                    capsys)
+    assert code != 0
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
     assert key in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_bad_sweep_value_fails_before_any_job(tmp_path, capsys):
+    code, err = run_main_in_process(["-m", "model.beta=0.1,-1",
+                                     f"hydra.sweep.dir={tmp_path / 'sweep'}"], capsys)
+    assert code != 0 and "model.beta" in err
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_missing_celeba_folder_fails_with_one_line(tmp_path):
@@ -168,3 +188,5 @@ def test_missing_celeba_folder_fails_with_one_line(tmp_path):
     errors = [ln for ln in result.stderr.splitlines() if "error" in ln.lower()]
     assert len(errors) == 1 and "data.root" in errors[0], result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["status"] == "failed"
