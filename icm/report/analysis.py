@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
@@ -387,9 +386,12 @@ def _pick_module(
         return None
     best = alignment["best_module"][part]
     if best is None:
-        skipped.append(f"{key}: IoU with {part} undefined for every module; set {key}.module")
+        skipped.append(f"{key}: overlap with {part} undefined for every module; set {key}.module")
         return None
-    return int(best), f"largest IoU with {part} ({alignment['best_iou'][part]:.3f})"
+    if alignment["best_by"][part] == "iou":
+        return int(best), f"largest IoU with {part} ({alignment['best_iou'][part]:.3f})"
+    return int(best), (f"largest template mass on {part} ({alignment['best_mass'][part]:.3f}); "
+                       f"every IoU with {part} is 0")
 
 
 def _rows(images: Mapping[str, Tensor], columns: int) -> tuple[list[Tensor], list[str]]:
@@ -471,7 +473,6 @@ def run_analysis(module: nn.Module, cfg: DictConfig, out_dir: str | Path) -> dic
     out = Path(out_dir)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(int(cfg.seed))
     skipped: list[str] = []
     figures: dict[str, str] = {}
     seconds: dict[str, float] = {}

@@ -158,7 +158,10 @@ def module_alignment(
     the eyes are small (about 0.5 % of a 64×64 image), so no pixel is an eye in half of the
     faces: a low threshold keeps the small parts' population masks non-empty.
     ``mass[m][p]``: :func:`template_mass`. ``best_module[part]``: the module of largest IoU
-    with that part (None when undefined for every module). NaN is written as None.
+    with that part; when every IoU is 0 or undefined (a small part no binarized template
+    touches), the module of largest template mass on it instead; ``best_by[part]`` says
+    which ("iou" or "mass"), ``best_iou`` / ``best_mass`` give the chosen module's values.
+    NaN is written as None.
     """
     if not 0 <= template_threshold < 1:
         raise ValueError(f"template_threshold must lie in [0, 1), got {template_threshold}")
@@ -169,20 +172,23 @@ def module_alignment(
         raise ValueError(f"masks must hold the {len(PART_NAMES)} parts {list(PART_NAMES)}")
     mass = template_mass(templates, masks)
     best: dict[str, int | None] = {}
-    best_iou: dict[str, float | None] = {}
+    best_by: dict[str, str | None] = {}
     for p, part in enumerate(PART_NAMES):
-        column = iou[:, p]
-        if np.isnan(column).all():
-            best[part], best_iou[part] = None, None
-        else:
-            best[part] = best_module_for_part(iou, p)
-            best_iou[part] = float(column[best[part]])
+        best[part], best_by[part] = None, None
+        if np.nan_to_num(iou[:, p]).max() > 0:
+            best[part], best_by[part] = best_module_for_part(iou, p), "iou"
+        elif not np.isnan(mass[:, p]).all():
+            best[part], best_by[part] = int(np.nanargmax(mass[:, p])), "mass"
     return {
         "parts": list(PART_NAMES),
         "iou": _nan_to_none(iou),
         "mass": _nan_to_none(mass),
         "best_module": best,
-        "best_iou": best_iou,
+        "best_by": best_by,
+        "best_iou": {part: None if m is None or np.isnan(iou[m, p]) else float(iou[m, p])
+                     for p, (part, m) in enumerate(best.items())},
+        "best_mass": {part: None if m is None or np.isnan(mass[m, p]) else float(mass[m, p])
+                      for p, (part, m) in enumerate(best.items())},
         "template_threshold": float(template_threshold),
         "mask_threshold": float(mask_threshold),
     }
