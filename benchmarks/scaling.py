@@ -115,19 +115,18 @@ def sdr_scaling(sizes: Sizes, threads: int, profile: bool = False) -> dict[str, 
     """Benchmark 6: SDR time and peak memory over a channel sweep and a map-size sweep, and the
     peak memory of a ``headline`` layer (512 × 512 channels, 64 × 64 maps at full size)."""
     base = {"batch": sizes.scaling_batch, "repeats": sizes.scaling_repeats, "threads": threads}
-    by_channels = [
-        run_isolated({**base, "channels": c, "map": sizes.scaling_channels_map})
-        for c in sizes.scaling_channels
-    ]
-    by_map = [
-        run_isolated({**base, "channels": sizes.scaling_maps_channels, "map": m})
-        for m in sizes.scaling_maps
-    ]
+    runs: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def point(channels: int, side: int) -> dict[str, Any]:
+        """One configuration, measured once even when both sweeps (or the headline) hold it."""
+        if (channels, side) not in runs:
+            runs[channels, side] = run_isolated({**base, "channels": channels, "map": side})
+        return runs[channels, side]
+
+    by_channels = [point(c, sizes.scaling_channels_map) for c in sizes.scaling_channels]
+    by_map = [point(sizes.scaling_maps_channels, m) for m in sizes.scaling_maps]
     channels, side = sizes.headline
-    known = {(r["channels"], r["map"]): r for r in by_channels + by_map}
-    headline = known.get((channels, side)) or run_isolated(
-        {**base, "channels": channels, "map": side}
-    )
+    headline = point(channels, side)
     peak_gib = headline["peak_rss_mib"] * MIB / GIB
     details = {
         "by_channels": by_channels,

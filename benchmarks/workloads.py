@@ -81,7 +81,7 @@ QUICK = Sizes(
     repeats=2, naive_pairs=4,
     fit_repeats=1, fit_cadence=2, fit_events=1,
     scaling_batch=4, scaling_channels=(4, 8), scaling_channels_map=8,
-    scaling_maps=(8, 16), scaling_maps_channels=4, headline=(8, 16),
+    scaling_maps=(8, 16), scaling_maps_channels=4, headline=(8, 8),
     scaling_repeats=1,
 )
 
