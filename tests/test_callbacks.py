@@ -287,7 +287,7 @@ def test_diagnostics_do_not_change_training(tmp_path):
     """Same seed with and without the callbacks (probe drawn by iterating the val
     loader, eval-mode forwards): bitwise the same weights and BN statistics."""
     _, plain = fit([], max_steps=5, data=TinyData(with_probe_batch=False))
-    callbacks = [diagnostics(tmp_path, every_n_steps=1),
+    callbacks = [diagnostics(tmp_path, every_n_steps=2, figures=False),
                  ImageGrids(tmp_path, every_n_steps=2, n=4)]
     _, probed = fit(callbacks, max_steps=5, data=TinyData(with_probe_batch=False))
     for (name, a), b in zip(plain.state_dict().items(), probed.state_dict().values(),
@@ -295,7 +295,7 @@ def test_diagnostics_do_not_change_training(tmp_path):
         assert torch.equal(a, b), name
     # Without probe_batch, the probe is the first validation images (two batches of 5).
     torch.testing.assert_close(callbacks[0].images, TinyData().val_x[:6])
-    assert len(read_records(tmp_path / "diagnostics.jsonl")) == 5
+    assert [r["step"] for r in read_records(tmp_path / "diagnostics.jsonl")] == [2, 4, 5]
 
 
 def test_resume_drops_records_after_the_checkpoint_and_keeps_the_probe(tmp_path):
@@ -410,3 +410,44 @@ def test_figures_are_built_and_saved(tmp_path):
             assert image.format == "PNG"
     with pytest.raises(ValueError, match="labels"):
         stretch_grid(rows, ["one"])
+
+
+# --------------------------------------------------------------------------- wandb
+@pytest.mark.slow
+def test_wandb_gets_scalars_histograms_and_images(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from pytorch_lightning.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="icm-test")
+    logged: list[dict] = []
+    real_log = logger.experiment.log
+
+    def capture(payload, *args, **kwargs):
+        logged.append(dict(payload))
+        return real_log(payload, *args, **kwargs)
+
+    monkeypatch.setattr(logger.experiment, "log", capture)
+    try:
+        pl.seed_everything(0)
+        trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=logger,
+                             enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0,
+                             limit_val_batches=0, log_every_n_steps=1,
+                             callbacks=[diagnostics(tmp_path, every_n_steps=2),
+                                        ImageGrids(tmp_path, every_n_steps=2, n=4)])
+        trainer.fit(TinyAE(), datamodule=TinyData())
+    finally:
+        wandb.finish()
+    merged = {k: v for payload in logged if payload.get("trainer/global_step") == 2
+              for k, v in payload.items()}
+    record = read_records(tmp_path / "diagnostics.jsonl")[-1]
+    assert merged["sdr/decoder.fine/mean"] == pytest.approx(record["sdr"]["decoder.fine"]["mean"])
+    assert merged["stretch/fine/mse"] == pytest.approx(record["stretch"]["fine"]["mse"])
+    assert merged["stretch/fine/mse_scale1"] == pytest.approx(
+        record["stretch"]["fine"]["mse_per_scale"][0])
+    assert isinstance(merged["sdr/encoder.coarse/hist"], wandb.Histogram)
+    for key in ("figures/sdr_histograms", "figures/stretch_grid", "images/samples",
+                "images/reconstructions"):
+        assert isinstance(merged[key], wandb.Image), key

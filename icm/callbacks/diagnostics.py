@@ -32,7 +32,7 @@ STAT_KEYS = ("mean", "std", "median", "mode")
 
 # Measured default cadence (see conf/callbacks/default.yaml): one evaluation every this many
 # training steps keeps the callback under 5% of the training wall time.
-DEFAULT_EVERY_N_STEPS = 100
+DEFAULT_EVERY_N_STEPS = 250
 
 
 def _significant(values: torch.Tensor, digits: int = 6) -> list[float]:
@@ -67,8 +67,16 @@ class Diagnostics(pl.Callback):
       level), Haar scales up to ``wavelet_levels``. Logged as ``stretch/<level>/mse`` and
       ``stretch/<level>/mse_scale<j>`` (j = 1 coarsest).
 
-    Each evaluation appends one record to ``<output_dir>/diagnostics.jsonl`` (schema in
-    the README of this package: step, epoch, time, sdr, stretch) and, with ``figures``,
+    Each evaluation appends one JSON line to ``<output_dir>/diagnostics.jsonl``::
+
+        {"step": int, "epoch": int, "time": unix seconds, "seconds": evaluation cost,
+         "sdr": {"<net>.<level>": {"mean", "std", "median", "mode", "n", "undefined",
+                                   "values": [n finite SDR values, 6 significant digits]}},
+         "stretch": {"<level>": {"mse", "energy_per_scale", "mse_per_scale",
+                                 "approx_energy", "approx_mse"}}}
+
+    (``mode``: centre of the fullest of ``histogram_bins`` bins; a statistic that is
+    undefined, e.g. for a layer whose pairs are all undefined, is null) and, with ``figures``,
     redraws ``<output_dir>/figures/*_latest.png``: SDR histograms of all nets per level
     (Fig. 5/8), the stretched-sample grid (Fig. 6a/9a; a copy per step is kept as
     ``stretch_grid_step<step>.png``), per-scale MSE bars (Fig. 6c left) and stretch MSE
@@ -329,7 +337,7 @@ class Diagnostics(pl.Callback):
             stretch = record["stretch"]
             fig = scale_bars(
                 {level: s["mse_per_scale"] for level, s in stretch.items()},
-                title=f"stretch x{self.factor:g} ({self.axis}), step {step}",
+                title=f"stretch ×{self.factor:g} ({self.axis}), step {step}",
             )
             written["stretch_scales"] = save_figure(fig, folder / "stretch_scales_latest.png")
             fig = stretch_mse_curves(self._history, title="stretch MSE over training")

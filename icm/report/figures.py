@@ -27,9 +27,30 @@ def _numpy(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
+def _new_figure(
+    width: float,
+    height: float,
+    *,
+    left: float = 0.7,
+    right: float = 0.15,
+    bottom: float = 0.55,
+    top: float = 0.55,
+    wspace: float = 0.25,
+) -> Figure:
+    """A figure of ``width`` × ``height`` inches with fixed margins (inches).
+
+    Fixed margins instead of a layout engine: a constrained or tight layout about triples
+    the time of a save, and these figures are redrawn during training.
+    """
+    fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=wspace,
+    )
     return fig
 
 
@@ -67,7 +88,7 @@ def sdr_histograms(
         levels += [level for level in per_level if level not in levels]
     if not levels:
         raise ValueError("values: no levels to plot")
-    fig = _new_figure(3.2 * len(levels), 2.8)
+    fig = _new_figure(3.0 * len(levels) + 0.6, 2.9)
     axes = fig.subplots(1, len(levels), squeeze=False)[0]
     for ax, level in zip(axes, levels, strict=True):
         pooled = {
@@ -169,7 +190,9 @@ def stretch_grid(
     stacked = np.concatenate([_numpy(r[:count]) for r in rows])
     grid = image_grid(stacked, nrow=count, padding=2)
     tile_height = grid.shape[0] / len(rows)
-    fig = _new_figure(max(4.0, 1.0 * count + 1.5), 1.0 * len(rows) + 0.6)
+    margin = 0.3 + 0.075 * max(len(label) for label in labels)  # inches for the row labels
+    fig = _new_figure(1.0 * count + margin + 0.1, 1.0 * len(rows) + 0.5, left=margin,
+                      right=0.1, bottom=0.1, top=0.4)
     ax = fig.add_subplot()
     ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
     ax.set_yticks([tile_height * (i + 0.5) for i in range(len(rows))], list(labels))
@@ -195,7 +218,7 @@ def scale_bars(
     """
     if not per_level:
         raise ValueError("per_level: no levels to plot")
-    fig = _new_figure(2.6 * len(per_level), 2.6)
+    fig = _new_figure(2.4 * len(per_level) + 0.6, 2.6)
     axes = fig.subplots(1, len(per_level), squeeze=False, sharey=True)[0]
     for ax, (level, scores) in zip(axes, per_level.items(), strict=True):
         v = _numpy(scores).ravel()
@@ -226,7 +249,7 @@ def stretch_mse_curves(
             steps, values = series.setdefault(level, ([], []))
             steps.append(int(record["step"]))
             values.append(float(value))
-    fig = _new_figure(5.0, 3.2)
+    fig = _new_figure(5.4, 3.2, left=1.2, top=0.4)
     ax = fig.add_subplot()
     for level, (steps, values) in series.items():
         order = np.argsort(steps)
