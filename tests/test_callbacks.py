@@ -451,3 +451,21 @@ def test_wandb_gets_scalars_histograms_and_images(tmp_path, monkeypatch):
     for key in ("figures/sdr_histograms", "figures/stretch_grid", "images/samples",
                 "images/reconstructions"):
         assert isinstance(merged[key], wandb.Image), key
+
+
+# --------------------------------------------------------------------------- project models
+@pytest.mark.parametrize("kind", ["vae", "dcgan"])
+def test_diagnostics_on_the_project_models(kind, tmp_path):
+    from icm.lit import DCGAN, BetaVAE
+
+    small = dict(latent_dim=LATENT, channels=(4, 4, 4, 4), image_size=16, image_channels=1)
+    model = BetaVAE(**small) if kind == "vae" else DCGAN(**small)
+    sides = ("decoder", "encoder") if kind == "vae" else ("generator", "discriminator")
+    trainer, model = fit([diagnostics(tmp_path, figures=False)], max_steps=2, model=model)
+    (record,) = read_records(tmp_path / "diagnostics.jsonl")
+    assert record["step"] == trainer.global_step == 2
+    levels = ("coarse", "intermediate", "fine", "image")
+    assert set(record["sdr"]) == {f"{side}.{level}" for side in sides for level in levels}
+    assert set(record["stretch"]) == set(levels)
+    # Wavelet scales of a 16×16 image: J = log2(16) = 4.
+    assert all(len(s["mse_per_scale"]) == 4 for s in record["stretch"].values())
