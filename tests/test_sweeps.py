@@ -82,7 +82,7 @@ def test_fig6f_sweep_is_regularizer_by_seed_at_cpu_scale():
         cfg = job_cfg(overrides)
         assert cfg.model._target_ == "icm.lit.BetaVAE"
         assert cfg.data.datamodule.dataset._target_ == "icm.data.SyntheticFaces"
-        assert cfg.trainer.max_steps == 200
+        assert cfg.trainer.max_steps == 120
         assert "fine" in cfg.intervention.levels
         if cfg.regularizer.mode == "alternate":
             assert set(cfg.regularizer.levels) == {"image", "fine", "intermediate"}
