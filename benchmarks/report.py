@@ -48,7 +48,8 @@ def text_table(items: Sequence[dict[str, Any]], machine: dict[str, Any]) -> str:
     line = "  ".join("-" * w for w in widths)
     out = [
         f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
-        f"({machine['torch_threads']} threads), {machine['date']}",
+        f"({machine['torch_threads']} threads), {machine.get('clock', 'wall')} clock, "
+        f"{machine['date']}",
         "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
         line,
     ]
@@ -114,9 +115,7 @@ def _details_callbacks(d: dict[str, Any]) -> list[str]:
         f"{d['step_ms_with_callbacks_scaled']} ms per step with callbacks against "
         f"{d['step_ms_without_callbacks']} ms in separate fits without, direct overhead "
         f"{format_value(d['direct_overhead_at_scaled_cadence'], '%')}, against "
-        f"{format_value(d['hook_overhead_at_scaled_cadence'], '%')} from the hook times; the "
-        "direct figure rescaled to the default cadence: "
-        f"{format_value(d['direct_overhead_rescaled_to_default'], '%')}.",
+        f"{format_value(d['hook_overhead_at_scaled_cadence'], '%')} from the hook times.",
     ]
 
 
@@ -193,10 +192,10 @@ def markdown(report: dict[str, Any], analysis: str | None = None) -> str:
         "## Machine",
         "",
     ] + _md_table(
-        ["CPU", "cores", "torch threads", "torch", "Lightning", "Python", "date (UTC)",
-         "load average (start → end)"],
-        [[m["cpu"], m["cores"], m["torch_threads"], m["torch"], m["lightning"], m["python"],
-          m["date"], load]],
+        ["CPU", "cores", "torch threads", "clock", "torch", "Lightning", "Python",
+         "date (UTC)", "load average (start → end)"],
+        [[m["cpu"], m["cores"], m["torch_threads"], m.get("clock", "wall"), m["torch"],
+          m["lightning"], m["python"], m["date"], load]],
     ) + ["", "## Summary", ""] + _md_table(
         ["#", "measurement", "value", "target", "met"],
         [[str(i["number"]), i["title"], format_value(i["value"], i["unit"]), format_target(i),

@@ -1,5 +1,5 @@
-"""Run the benchmarks, print the table, write JSON and Markdown:
-``python -m benchmarks.run [--quick] [--out PREFIX] [--threads N] [--only 1,3] [--profile]``."""
+"""Run the benchmarks, print the table, write JSON and Markdown: ``python -m benchmarks.run
+[--quick] [--out PREFIX] [--threads N] [--clock wall|cpu] [--only 1,3] [--profile]``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads, 0 = torch's default (default 1: on a "
                              "shared CPU a multi-thread pool waits on busy cores)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time with the wall clock (default) or this process's CPU time, "
+                             "which other jobs on a shared machine do not inflate")
     parser.add_argument("--only", default=None, metavar="LIST",
                         help="comma-separated benchmark numbers to run (default: all)")
     parser.add_argument("--profile", action="store_true",
@@ -99,21 +102,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
+    import pytorch_lightning  # noqa: F401  (sets its loggers' levels on import)
+
     # Lightning's per-fit banners (GPU available, max_steps reached) would bury the table.
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="pytorch_lightning")
     from benchmarks import report as report_mod
-    from benchmarks.timing import load_average, machine_info, set_threads
+    from benchmarks.timing import load_average, machine_info, set_clock, set_threads
 
     set_threads(args.threads)
+    set_clock(args.clock)
     sizes = QUICK if args.quick else FULL
-    machine = machine_info()
+    machine = machine_info() | {"clock": args.clock}
     started = time.perf_counter()
     items = run(sizes, args.threads, args.only, args.profile)
     command = "python -m benchmarks.run" + (" --quick" if args.quick else "")
     if args.threads != 1:
         command += f" --threads {args.threads}"
+    if args.clock != "wall":
+        command += f" --clock {args.clock}"
     if args.only != list(ITEMS):
         command += " --only " + ",".join(map(str, args.only))
     report = {

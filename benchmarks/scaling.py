@@ -12,11 +12,11 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from typing import Any
 
 import numpy as np
 
+from benchmarks.timing import clock_name
 from benchmarks.workloads import REPO, Sizes, result
 
 MIB = 2**20
@@ -58,25 +58,26 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from torch import nn
 
-    from benchmarks.timing import set_threads
+    from benchmarks.timing import now, set_clock, set_threads
     from icm.spectral import sdr
 
     set_threads(int(spec["threads"]))
+    set_clock(str(spec.get("clock", "wall")))
     torch.manual_seed(0)
     c, side, batch, k = int(spec["channels"]), int(spec["map"]), int(spec["batch"]), 5
     layer = nn.ConvTranspose2d(c, c, k, stride=2, padding=k // 2, output_padding=1)
     x = torch.empty(batch, c, side, side).normal_().relu_()
     reset = _reset_peak()
     rss_before = _status_bytes("VmRSS") if reset else None
-    started = time.perf_counter()
+    started = now()
     sdr(layer, x)
-    first = time.perf_counter() - started
+    first = now() - started
     peak = _status_bytes("VmHWM") if reset else _max_rss_bytes()
     times = []
     for _ in range(int(spec["repeats"])):
-        started = time.perf_counter()
+        started = now()
         sdr(layer, x)
-        times.append(time.perf_counter() - started)
+        times.append(now() - started)
     return {
         "channels": c,
         "map": side,
@@ -114,7 +115,8 @@ def _slope(xs: list[float], ys: list[float]) -> float | None:
 def sdr_scaling(sizes: Sizes, threads: int, profile: bool = False) -> dict[str, Any]:
     """Benchmark 6: SDR time and peak memory over a channel sweep and a map-size sweep, and the
     peak memory of a ``headline`` layer (512 × 512 channels, 64 × 64 maps at full size)."""
-    base = {"batch": sizes.scaling_batch, "repeats": sizes.scaling_repeats, "threads": threads}
+    base = {"batch": sizes.scaling_batch, "repeats": sizes.scaling_repeats, "threads": threads,
+            "clock": clock_name()}
     runs: dict[tuple[int, int], dict[str, Any]] = {}
 
     def point(channels: int, side: int) -> dict[str, Any]:

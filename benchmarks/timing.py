@@ -15,6 +15,27 @@ from typing import Any
 
 import torch
 
+# The clock every measurement reads: "wall" (perf_counter) or "cpu" (this process's CPU time,
+# which time slices given to other jobs on a shared machine do not inflate).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock: list[str] = ["wall"]
+
+
+def set_clock(name: str) -> None:
+    """Measure with the ``name`` clock ("wall" or "cpu") from now on."""
+    if name not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {name!r}")
+    _clock[0] = name
+
+
+def clock_name() -> str:
+    return _clock[0]
+
+
+def now() -> float:
+    """The current reading of the chosen clock, in seconds."""
+    return CLOCKS[_clock[0]]()
+
 
 def set_threads(threads: int) -> int:
     """Use ``threads`` intra-op threads (0: keep torch's default); returns the count in use."""
@@ -26,10 +47,11 @@ def set_threads(threads: int) -> int:
 
 
 def time_call(fn: Callable[[], Any]) -> float:
-    """Wall time of one call of ``fn`` in seconds (its return value is discarded)."""
-    started = time.perf_counter()
+    """Time of one call of ``fn`` in seconds on the chosen clock (its return value is
+    discarded)."""
+    started = now()
     fn()
-    return time.perf_counter() - started
+    return now() - started
 
 
 def interleaved(
@@ -42,7 +64,7 @@ def interleaved(
     """Time several arms in rounds A, B, C, A, B, C, ... so that slow drifts of a shared
     machine's load hit every arm alike; ``warmup`` untimed rounds come first.
 
-    Each arm is timed from outside (wall time of the call), or, with ``self_timed``, returns
+    Each arm is timed from outside (:func:`time_call`), or, with ``self_timed``, returns
     its own measurement in seconds (e.g. a steady-state window inside a longer run). Returns
     each arm's ``repeats`` durations; summarise them with :func:`median`.
     """

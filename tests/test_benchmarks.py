@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.references import kernel_on_grid, naive_sdr, padded_sdr, spread_pairs
 from benchmarks.report import format_value
 from benchmarks.run import main, output_paths, parse_args
-from benchmarks.timing import interleaved, median, spread
+from benchmarks.timing import clock_name, interleaved, median, set_clock, spread, time_call
 from benchmarks.training import HookTimer, window_mean
 from icm.spectral import sdr
 
@@ -98,6 +98,21 @@ def test_interleaved_alternates_arms_after_warmup():
         interleaved({}, repeats=1)
 
 
+def test_cpu_clock_counts_work_not_sleep():
+    import time
+
+    try:
+        set_clock("cpu")
+        assert clock_name() == "cpu"
+        assert time_call(lambda: time.sleep(0.2)) < 0.1  # waiting costs no CPU time
+        assert time_call(lambda: sum(i * i for i in range(300_000))) > 0
+    finally:
+        set_clock("wall")
+    assert time_call(lambda: time.sleep(0.05)) >= 0.05
+    with pytest.raises(ValueError, match="clock"):
+        set_clock("sundial")
+
+
 def test_window_mean_spans_whole_steps():
     starts = [0.0, 1.0, 3.0, 6.0, 10.0]  # steps of 1, 2, 3, 4 s
     assert window_mean(starts, warmup=1, window=2) == pytest.approx((6.0 - 1.0) / 2)
@@ -130,7 +145,8 @@ def test_format_and_arguments():
     assert format_value(312.4, "×") == "312 ×"
     assert format_value(None, "") == "n/a"
     args = parse_args(["--quick", "--only", "6,1"])
-    assert args.quick and args.only == [1, 6] and args.threads == 1
+    assert args.quick and args.only == [1, 6] and args.threads == 1 and args.clock == "wall"
+    assert parse_args(["--clock", "cpu"]).clock == "cpu"
     with pytest.raises(SystemExit):
         parse_args(["--only", "9"])
     json_path, md_path = output_paths("out/bench", quick=False)
@@ -139,7 +155,7 @@ def test_format_and_arguments():
 
 @pytest.mark.slow
 def test_quick_run_writes_every_benchmark(tmp_path, capsys):
-    report = main(["--quick", "--out", str(tmp_path / "bench")])
+    report = main(["--quick", "--clock", "cpu", "--out", str(tmp_path / "bench")])
     data = json.loads((tmp_path / "bench.json").read_text())
     text = (tmp_path / "bench.md").read_text()
     printed = capsys.readouterr().out
@@ -147,6 +163,7 @@ def test_quick_run_writes_every_benchmark(tmp_path, capsys):
     assert [item["number"] for item in data["items"]] == [1, 2, 3, 4, 5, 6, 7]
     for key in ("cpu", "cores", "torch", "torch_threads", "date"):
         assert data["machine"][key] not in (None, "")
+    assert data["machine"]["clock"] == "cpu" and "--clock cpu" in data["command"]
     for item in data["items"]:
         assert math.isfinite(item["value"]) and item["value"] > 0, item["key"]
         if item["target"] is None:
