@@ -15,11 +15,12 @@ from icm.callbacks.records import read_records
 from icm.lit.checkpoint import load_module
 
 FACES_SMALL = ["data.datamodule.dataset.num_images=96"]
+# Diagnostics every 2 steps on 8 probe images; no figures or image grids (seconds per job).
 DIAG_FAST = [
     "callbacks.diagnostics.every_n_steps=2",
     "callbacks.diagnostics.probe_size=8",
-    "callbacks.images.every_n_steps=4",
-    "callbacks.images.n=8",
+    "callbacks.diagnostics.figures=false",
+    "~callbacks.images",
 ]
 
 
