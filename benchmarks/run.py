@@ -1,9 +1,11 @@
 """Run the benchmarks, print the table, write JSON and Markdown: ``python -m benchmarks.run
-[--quick] [--out PREFIX] [--threads N] [--clock wall|cpu] [--only 1,3] [--profile]``."""
+[--quick] [--out PREFIX] [--threads N] [--clock wall|cpu] [--only 1,3] [--profile]
+[--render JSON]``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -37,6 +39,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="comma-separated benchmark numbers to run (default: all)")
     parser.add_argument("--profile", action="store_true",
                         help="profile every benchmark, not only those that miss their target")
+    parser.add_argument("--render", default=None, metavar="JSON",
+                        help="measure nothing: rewrite the Markdown (and print the table) from a "
+                             "saved results JSON, e.g. after editing benchmarks/analysis.md")
     args = parser.parse_args(argv)
     if args.threads < 0:
         parser.error(f"--threads must be >= 0, got {args.threads}")
@@ -111,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from benchmarks import report as report_mod
     from benchmarks.timing import load_average, machine_info, set_clock, set_threads
 
+    if args.render is not None:
+        return render_saved(Path(args.render), args.out)
     set_threads(args.threads)
     set_clock(args.clock)
     sizes = QUICK if args.quick else FULL
@@ -135,12 +142,37 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "items": items,
     }
     json_path, md_path = output_paths(args.out, args.quick)
-    analysis = None
-    if not args.quick and args.out is None and ANALYSIS.is_file():
-        analysis = ANALYSIS.read_text(encoding="utf-8")
-    report_mod.write(report, json_path, md_path, analysis)
+    report_mod.write(report, json_path, md_path, _analysis(args.quick, args.out))
     print(report_mod.text_table(items, machine))
     print(f"\nwrote {json_path} and {md_path}")
+    return report
+
+
+def _analysis(quick: bool, out: str | None) -> str | None:
+    """The hand-written analysis, for the default full-size report only."""
+    if quick or out is not None or not ANALYSIS.is_file():
+        return None
+    return ANALYSIS.read_text(encoding="utf-8")
+
+
+def render_saved(json_path: Path, out: str | None) -> dict[str, Any]:
+    """Rewrite the Markdown of a saved report (``out``: PREFIX.md; default BENCHMARKS.md for
+    a full-size report, else beside the JSON)."""
+    from benchmarks import report as report_mod
+
+    if not json_path.is_file():
+        raise SystemExit(f"--render: no results file at {json_path}")
+    report = json.loads(json_path.read_text(encoding="utf-8"))
+    if out is not None:
+        md_path = output_paths(out, report["quick"])[1]
+    elif report["quick"]:
+        md_path = json_path.with_suffix(".md")
+    else:
+        md_path = REPO / "BENCHMARKS.md"
+    analysis = _analysis(report["quick"], out)
+    md_path.write_text(report_mod.markdown(report, analysis), encoding="utf-8")
+    print(report_mod.text_table(report["items"], report["machine"]))
+    print(f"\nwrote {md_path}")
     return report
 
 

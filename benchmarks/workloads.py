@@ -68,7 +68,7 @@ class Sizes:
 # Paper Table 1 β-VAE, batch 64; the whole run takes a few minutes on two CPU cores.
 FULL = Sizes(
     batch=64, latent_dim=100, channels=(128, 64, 32, 16), image_size=64,
-    repeats=5, naive_pairs=48,
+    repeats=9, naive_pairs=48,
     fit_repeats=3, fit_cadence=10, fit_events=2,
     scaling_batch=64, scaling_channels=(64, 128, 256, 512), scaling_channels_map=32,
     scaling_maps=(8, 16, 32, 64, 128), scaling_maps_channels=64, headline=(512, 64),

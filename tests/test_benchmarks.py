@@ -176,6 +176,9 @@ def test_quick_run_writes_every_benchmark(tmp_path, capsys):
         assert item["title"] in printed
         if item["met"] is False:
             assert item.get("profile"), f"{item['key']} missed its target without a profile"
+    # Re-rendering the saved JSON gives the same Markdown.
+    main(["--render", str(tmp_path / "bench.json"), "--out", str(tmp_path / "again")])
+    assert (tmp_path / "again.md").read_text() == text
     items = {item["key"]: item for item in data["items"]}
     # The references agree with sdr, so the speed comparison compares like with like.
     sdr_details = items["sdr_speedup"]["details"]
