@@ -155,3 +155,21 @@ def validate(cfg: DictConfig) -> None:
              f"must be >= 1 (or -1 for no limit), got {max_steps}")
     data_channels = cfg.data.get("channels")
     _require(data_channels in (1, 3), "data.channels", f"must be 1 or 3, got {data_channels}")
+
+
+def validate_multirun_job(cfg: DictConfig) -> None:
+    """A multirun job may not start extra DDP ranks by re-running the command line: each
+    rank would re-run the whole sweep. Spawned ranks and SLURM-started ranks are fine."""
+    trainer = cfg.get("trainer") or {}
+    devices = trainer.get("devices", 1)
+    strategy = str(trainer.get("strategy", "auto"))
+    launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+    several = (isinstance(devices, int) and devices > 1) or (
+        not isinstance(devices, int | str) and len(devices) > 1)
+    if several and strategy.startswith("ddp") and "spawn" not in strategy \
+            and "submitit" not in launcher:
+        raise ConfigError(
+            f"trainer.strategy: {strategy} re-runs the command line for each extra rank, "
+            "which would re-run the whole sweep; in a local multirun use "
+            "trainer.strategy=ddp_spawn_find_unused_parameters_true (or hydra/launcher=slurm)"
+        )

@@ -7,11 +7,11 @@ keeps `checkpoints/last.ckpt` and is resumed in place with `icm-train resume=<di
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,17 @@ def update_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     return status
 
 
+def is_rank_zero() -> bool:
+    """True unless a launcher (Lightning, torchrun, SLURM) says this process is another rank."""
+    return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK",
+                                                               "SLURM_PROCID"))
+
+
 def wandb_run_id(run_dir: str | Path, ckpt_path: str | None = None) -> str:
     """The wandb run id of this run: reused from the run directory (or from the run that
-    wrote `ckpt_path`) so that a resumed job continues the same wandb run."""
+    wrote `ckpt_path`) so that a resumed job continues the same wandb run. A new id is
+    derived from the run directory's path, so every rank of a DDP job agrees on it; only
+    rank zero writes it down."""
     candidates = [Path(run_dir) / WANDB_ID_FILE]
     if ckpt_path:
         candidates.append(Path(ckpt_path).resolve().parent.parent / WANDB_ID_FILE)
@@ -59,9 +67,22 @@ def wandb_run_id(run_dir: str | Path, ckpt_path: str | None = None) -> str:
             run_id = path.read_text().strip()
             break
     else:
-        run_id = uuid.uuid4().hex[:12]
-    (Path(run_dir) / WANDB_ID_FILE).write_text(run_id)
+        run_id = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    if is_rank_zero():
+        (Path(run_dir) / WANDB_ID_FILE).write_text(run_id)
     return run_id
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint to continue a run directory from: the newest (by global step) of
+    `checkpoints/last.ckpt` and the `hpc_ckpt_*.ckpt` files Lightning writes on SLURM
+    requeue; None when there is none."""
+    run_dir = Path(run_dir)
+    found = [p for p in [run_dir / LAST_CKPT, *run_dir.glob("hpc_ckpt_*.ckpt"),
+                         *(run_dir / "checkpoints").glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    if not found:
+        return None
+    return max(found, key=lambda p: (checkpoint_step(p), p.stat().st_mtime))
 
 
 def checkpoint_step(ckpt_path: str | Path) -> int:

@@ -11,13 +11,14 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from icm.config import ConfigError, validate
 from icm.run import (
     RunGuard,
     checkpoint_step,
     continue_csv_log,
+    latest_checkpoint,
     update_status,
     wandb_run_id,
 )
@@ -100,6 +101,15 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     validate(cfg)
     run_dir = Path(run_dir or cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.get("ckpt_path"):
+        # A job that finds its own checkpoint (a SLURM requeue, a rerun into the same
+        # directory) continues from it instead of training over it from step 0.
+        found = latest_checkpoint(run_dir)
+        if found is not None:
+            log.info("continuing %s from %s", run_dir, found)
+            cfg = cfg.copy()
+            with open_dict(cfg):
+                cfg.ckpt_path = str(found)
     pl.seed_everything(int(cfg.seed), workers=True)
 
     datamodule = build(cfg.data.datamodule, "data")

@@ -190,3 +190,23 @@ def test_missing_celeba_folder_fails_with_one_line(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
     status = json.loads((tmp_path / "run" / "run.json").read_text())
     assert status["status"] == "failed"
+
+
+def test_multirun_with_command_line_ddp_is_refused(tmp_path, capsys):
+    code, err = run_main_in_process(["-m", "trainer=ddp_cpu", "seed=0,1",
+                                     f"hydra.sweep.dir={tmp_path / 'sweep'}"], capsys)
+    assert code != 0 and "trainer.strategy" in err and "spawn" in err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_rerun_into_the_same_directory_continues_instead_of_restarting(tmp_path,
+                                                                        tiny_overrides):
+    out = tmp_path / "run"
+    base = [*tiny_overrides, *FACES_SMALL, "logger=none", "callbacks=minimal"]
+    train(compose_cfg(base, out))
+    first = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    train(compose_cfg([*base, "trainer.max_steps=6"], out))
+    second = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (first["global_step"], second["global_step"]) == (4, 6)
+    adam = [float(s["step"]) for s in second["optimizer_states"][0]["state"].values()]
+    assert set(adam) == {6.0}

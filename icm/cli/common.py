@@ -108,6 +108,10 @@ def precheck(config_name: str, overrides: list[str], multirun: bool,
             raise UsageError(_compose_message(exc)) from None
         if validate is not None:
             validate(cfg)
+            if multirun:
+                from icm.config import validate_multirun_job
+
+                validate_multirun_job(cfg)
 
 
 def _compose_message(exc: Exception) -> str:
