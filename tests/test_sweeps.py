@@ -191,7 +191,8 @@ def make_job(root: Path, num: int, overrides: list[str], records: list[dict],
 
 
 def record(step: int, fine: float, sdr: float) -> dict:
-    return {"step": step, "sdr": {"decoder.fine": {"mean": sdr}},
+    return {"step": step, "sdr": {"decoder.fine": {"mean": sdr, "std": fine / 2,
+                                                   "median": sdr + fine}},
             "stretch": {"fine": {"mse": fine}, "coarse": {"mse": 2 * fine}}}
 
 
@@ -226,6 +227,12 @@ def test_compare_groups_by_all_swept_keys_but_seed(tmp_path):
         np.testing.assert_allclose(curve.mean, stacked.mean(0), rtol=1e-12)
         np.testing.assert_allclose(curve.low, stacked.min(0), rtol=0)
         np.testing.assert_allclose(curve.high, stacked.max(0), rtol=0)
+    # SDR spread table: std and |median - 1| at the last evaluation, mean over seeds.
+    for reg in ("none", "sdr"):
+        finals = np.array([values[(reg, s)][-1] for s in (0, 1, 2)])
+        line = next(ln for ln in result.text.splitlines()
+                    if ln.startswith(f"regularizer={reg}") and "decoder" in ln)
+        assert f"{(finals / 2).mean():.3f}, {(2 * finals).mean():.3f}" in line
     assert {p.name for p in result.figures} == {"compare_stretch_fine_mse.png",
                                                 "compare_sdr_decoder_fine_mean.png"}
     assert all(p.stat().st_size > 0 for p in result.figures)
@@ -316,8 +323,8 @@ def test_two_by_two_multirun_then_compare(tmp_path, tiny_overrides):
     levels = ["coarse", "intermediate", "fine", "image"]
     assert [c for c in columns if c.startswith("stretch/")] == [
         f"stretch/{level}/mse" for level in levels]
-    assert {f"sdr/{net}.{level}/mean" for net in ("decoder", "encoder") for level in levels} \
-        == {c for c in columns if c.startswith("sdr/")}
+    assert {f"sdr/{net}.{level}/{stat}" for net in ("decoder", "encoder") for level in levels
+            for stat in ("mean", "std", "median")} == {c for c in columns if c.startswith("sdr/")}
     assert len(rows) == len(expected_rows) == 8
     for row, (job, reg, seed, rec) in zip(rows, expected_rows, strict=True):
         assert (row["job"], row["regularizer"], row["seed"]) == (job, reg, seed)

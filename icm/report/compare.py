@@ -131,12 +131,14 @@ def swept_keys(jobs: Sequence[Job]) -> list[str]:
 
 
 def metric_columns(jobs: Sequence[Job]) -> list[str]:
-    """`sdr/<net>.<level>/mean` and `stretch/<level>/mse` columns present in any record."""
+    """`sdr/<net>.<level>/{mean,std,median}` and `stretch/<level>/mse` columns present in any
+    record."""
     sdr: list[str] = []
     stretch: list[str] = []
     for job in jobs:
         for record in job.records:
-            sdr += [f"sdr/{k}/mean" for k in record.get("sdr") or {} if f"sdr/{k}/mean" not in sdr]
+            sdr += [f"sdr/{k}/{stat}" for k in record.get("sdr") or {}
+                    for stat in ("mean", "std", "median") if f"sdr/{k}/{stat}" not in sdr]
             stretch += [
                 f"stretch/{k}/mse" for k in record.get("stretch") or {}
                 if f"stretch/{k}/mse" not in stretch
@@ -313,6 +315,30 @@ def format_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     return "\n".join(text)
 
 
+def sdr_spread(groups: Mapping[str, Sequence[Job]], jobs: Sequence[Job]) -> str:
+    """Spread of the SDR distribution of every layer at each job's last evaluation: std and
+    |median − 1| (distance of the typical pair from spectral independence, eq. 16), mean
+    over the jobs of each group. A plain-text table, one line per group and net."""
+    layers = [c.split("/")[1] for c in metric_columns(jobs) if c.endswith("/mean")
+              and c.startswith("sdr/")]
+    nets = list(dict.fromkeys(layer.split(".")[0] for layer in layers))
+    lines = [["group", "net", *[f"{lv}: std, |med-1|" for lv in LEVELS]]]
+    for label, members in groups.items():
+        for net in nets:
+            cells = []
+            for level in LEVELS:
+                std = [v for j in members if (v := _final(j, f"sdr/{net}.{level}/std")) is not None]
+                med = [abs(v - 1) for j in members
+                       if (v := _final(j, f"sdr/{net}.{level}/median")) is not None]
+                cells.append(f"{np.mean(std):.3f}, {np.mean(med):.3f}" if std and med else "n/a")
+            lines.append([label, net, *cells])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
 @dataclass
 class Comparison:
     """What `compare` wrote and found."""
@@ -363,6 +389,9 @@ def compare(multirun_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
     final = summary(groups, summary_columns)
     text = format_summary(final, summary_columns)
+    if any(c.startswith("sdr/") for c in columns):
+        text += "\n\nSDR spread per layer at the last evaluation (mean over the group's jobs)\n"
+        text += sdr_spread(groups, jobs)
     flagged = [f"  {j.name}: {j.status}, last evaluation at step {j.last_step}"
                f" of {j.max_steps}" for j in jobs if not j.complete]
     if flagged:
