@@ -136,13 +136,16 @@ def _cause_autocorrelation(inputs: Tensor, center: bool) -> tuple[Tensor, Tensor
             x = inputs[b0 : b0 + b_step, c0 : c0 + c_step]
             if x.dtype not in (torch.float32, torch.float64):
                 x = x.float()
-            raw_energy[c0 : c0 + c_step] += x.square().sum(dim=(0, 2, 3), dtype=torch.float64)
             if center:
+                raw_energy[c0 : c0 + c_step] += x.square().sum(dim=(0, 2, 3)).double()
                 x = x - x.mean(dim=(-2, -1), keepdim=True)
             spectrum = torch.view_as_real(torch.fft.rfft2(x)).square().sum(-1)
             power[c0 : c0 + c_step] += spectrum.sum(dim=0, dtype=torch.float64)
     # R(lag) = sum_n x(n) x(n + lag) = ifft(|x^|^2); <P> = R(0) = mean energy.
-    return torch.fft.irfft2(power / batch, s=(h, w)), raw_energy / batch
+    autocorr = torch.fft.irfft2(power / batch, s=(h, w))
+    if not center:  # without mean removal the energy before it is R(0) itself
+        return autocorr, autocorr[:, 0, 0].clone()
+    return autocorr, raw_energy / batch
 
 
 def _tap_lags(size: int, stride: int, maps: int) -> tuple[Tensor, Tensor, Tensor]:
