@@ -117,12 +117,17 @@ def precheck(config_name: str, overrides: list[str], multirun: bool,
 def _compose_message(exc: Exception) -> str:
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     text = lines[0] if lines else type(exc).__name__
-    options = [ln for ln in lines[1:] if not ln.startswith(("Config search path", "In '"))]
+    options: list[str] = []
+    for ln in lines[1:]:
+        if ln.startswith("Config search path"):
+            break
+        if not ln.endswith(":") and not ln.startswith("In '"):
+            options.append(ln)
     if "Could not find" in text and options:
-        allowed = [ln for ln in options if not ln.endswith(":")]
-        text += f"; allowed: {', '.join(allowed)}"
-    elif len(lines) > 1 and lines[1].startswith("Key"):
-        text += f" ({lines[1]})"
+        text += f"; allowed: {', '.join(options)}"
+    elif text.startswith("Could not override"):
+        text += " No such key" + "".join(
+            f"; {ln[0].lower()}{ln[1:]}" for ln in lines[1:] if ln.startswith("To append"))
     return text
 
 
