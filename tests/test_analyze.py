@@ -383,3 +383,11 @@ def test_validate_names_the_bad_key_in_one_line(override, key, tmp_path):
     with pytest.raises(UsageError) as exc:
         validate(analyze_cfg(overrides))
     assert key in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_probe_latents_are_the_training_diagnostics_draw():
+    from icm.callbacks.probe import probe_latents as diagnostics_latents
+    from icm.report.analysis import probe_latents
+
+    assert torch.equal(probe_latents(6, 5, seed=3), diagnostics_latents(6, 5, seed=3))
+    assert not torch.equal(probe_latents(6, 5, seed=3), probe_latents(6, 5, seed=4))

@@ -19,18 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from icm.callbacks.probe import eval_mode, probe_latents
 from icm.data.faces import FLUO_HAIR, PART_NAMES, extrapolate, render
 from icm.interventions import FLUO_VARIANTS, fluo_hair, stretch, stretch_cause, stretch_probe
 from icm.layers import LEVELS, level_names, record_causes, resolve_layer
 from icm.modules import ModuleResult, find_modules, influence_maps
 from icm.report import ground_truth as gt
 from icm.report.figures import save_figure, scale_bars, sdr_histograms, stretch_grid
+from icm.report.ground_truth import eval_mode
 from icm.spectral import sdr, sdr_stats
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ __all__ = [
     "discover_modules",
     "fluo_images",
     "module_templates_figure",
+    "probe_latents",
     "run_analysis",
     "targeted_stretch",
     "training_run_config",
@@ -188,6 +190,12 @@ def module_templates_figure(
             ax.set_title(f"part: {PART_NAMES[p]}", fontsize=7)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.9, wspace=0.1, hspace=0.5)
     return fig
+
+
+def probe_latents(n: int, latent_dim: int, seed: int) -> Tensor:
+    """``n`` latents from N(0, I) drawn on the CPU with a private generator seeded by
+    ``seed``: the same draw as the training diagnostics' probe for the same seed."""
+    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
 
 
 # --------------------------------------------------------------------------- configuration

@@ -18,7 +18,8 @@ gradients in eval mode, and restore every train/eval flag and every weight.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,6 @@ import torch
 from scipy.ndimage import binary_erosion
 from torch import Tensor, nn
 
-from icm.callbacks.probe import eval_mode
 from icm.data.faces import FLUO_HAIR, PART_NAMES, FaceRanges, extrapolate, render, sample_factors
 from icm.interventions import FLUO_VARIANTS, fluo_hair, stretch, stretch_cause
 from icm.layers import resolve_layer
@@ -36,6 +36,7 @@ from icm.modules import best_module_for_part, change_locality, module_part_iou
 __all__ = [
     "HeldOutFaces",
     "chroma_points",
+    "eval_mode",
     "extrapolation_vs_truth",
     "fluo_scores",
     "heldout_faces",
@@ -66,6 +67,21 @@ class HeldOutFaces:
     @property
     def image_size(self) -> int:
         return int(self.images.shape[-1])
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (BatchNorm running statistics) without gradients; every sub-module's own
+    train/eval flag is restored on exit. (``icm.report`` is used by the callbacks, so it
+    keeps this helper rather than import theirs.)"""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
 
 
 def heldout_faces(
