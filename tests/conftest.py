@@ -32,3 +32,11 @@ TINY = [
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_wandb_service(monkeypatch):
+    """In-process wandb runs leave WANDB_SERVICE in os.environ, which would make every later
+    subprocess attach to pytest's wandb service (where a killed run's id stays "in use").
+    A user's shell has no such variable; neither do the subprocesses of the tests."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
