@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from icm.layers import resolve_layer
+from icm.layers import eval_mode, resolve_layer
 from icm.wavelets import haar_scales
 
 __all__ = [
@@ -218,18 +218,6 @@ def fluo_hair(
             weight.copy_(original)
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every sub-module in eval mode; restore each one's own flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
-
-
 def stretch_probe(
     model: nn.Module,
     z: torch.Tensor,
@@ -273,7 +261,7 @@ def stretch_probe(
 
     result: dict[str, dict] = {}
     images: dict[str, torch.Tensor] = {}
-    with torch.no_grad(), _eval_mode(model):
+    with eval_mode(model):
         x = run(z)
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             raise ValueError("generate(z) must return images of shape (B, C, H, W)")

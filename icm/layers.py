@@ -67,3 +67,17 @@ def record_causes(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (BatchNorm uses running statistics, no dropout) without gradients; every
+    sub-module's own train/eval flag is restored on exit, also after an error."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag

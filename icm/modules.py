@@ -13,8 +13,7 @@ Besserve et al. (2020) do (hybridization, elementary influence map, NMF clusteri
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +22,8 @@ from scipy.ndimage import gaussian_filter
 from sklearn.decomposition import NMF
 from torch import Tensor, nn
 
-from icm.layers import record_causes, resolve_layer
+from icm.interventions import edit_cause
+from icm.layers import eval_mode, record_causes, resolve_layer
 
 Channels = Sequence[int] | Tensor | np.ndarray
 Latents = Tensor | Callable[[int], Tensor]
@@ -39,33 +39,6 @@ __all__ = [
     "module_part_iou",
     "threshold_influence",
 ]
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run in eval mode (BN uses running statistics) without gradients; restore every flag."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
-
-
-@contextmanager
-def _patch_cause(layer: nn.Module, edit: Callable[[Tensor], Tensor]) -> Iterator[None]:
-    """Replace the cause entering ``layer`` by ``edit(cause)`` (forward pre-hook), then remove."""
-
-    def hook(_module: nn.Module, args: tuple) -> tuple:
-        return (edit(args[0]),) + tuple(args[1:])
-
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _channel_index(channels: Channels, n_channels: int) -> Tensor:
@@ -112,7 +85,7 @@ def _hybrid(
 ) -> Tensor:
     generate = model if generate is None else generate
     module = resolve_layer(model, layer)
-    with _eval_mode(model):
+    with eval_mode(model):
         with record_causes(model, [layer]) as causes:
             generate(z2)
         if layer not in causes:
@@ -135,7 +108,7 @@ def _hybrid(
             out[:, index] = donor[:, index].to(out.dtype)
             return out
 
-        with _patch_cause(module, edit):
+        with edit_cause(model, module, edit):
             return generate(z1)
 
 
@@ -220,7 +193,7 @@ def influence_maps(
     module = resolve_layer(model, layer)
     z1, z2 = _pairs(latents, n_pairs)
     n_pairs = len(z1)
-    with _eval_mode(model):
+    with eval_mode(model):
         with record_causes(model, [layer]) as causes:
             donors = []
             for i in range(0, n_pairs, batch_size):
@@ -247,7 +220,7 @@ def influence_maps(
             return out
 
         total = n_channels * n_pairs
-        with _patch_cause(module, edit):
+        with edit_cause(model, module, edit):
             for start in range(0, total, batch_size):
                 flat = torch.arange(start, min(start + batch_size, total), device=donor.device)
                 current["channel"], current["pair"] = flat // n_pairs, flat % n_pairs

@@ -18,8 +18,7 @@ gradients in eval mode, and restore every train/eval flag and every weight.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ from torch import Tensor, nn
 
 from icm.data.faces import FLUO_HAIR, PART_NAMES, FaceRanges, extrapolate, render, sample_factors
 from icm.interventions import FLUO_VARIANTS, fluo_hair, stretch, stretch_cause
-from icm.layers import resolve_layer
+from icm.layers import eval_mode, resolve_layer
 from icm.modules import best_module_for_part, change_locality, module_part_iou
 
 __all__ = [
@@ -67,21 +66,6 @@ class HeldOutFaces:
     @property
     def image_size(self) -> int:
         return int(self.images.shape[-1])
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode (BatchNorm running statistics) without gradients; every sub-module's own
-    train/eval flag is restored on exit. (``icm.report`` is used by the callbacks, so it
-    keeps this helper rather than import theirs.)"""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 def heldout_faces(
