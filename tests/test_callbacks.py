@@ -353,6 +353,11 @@ def test_bad_arguments_name_the_key(tmp_path):
         Diagnostics(tmp_path, probe_size=0)
     with pytest.raises(ValueError, match="n:"):
         ImageGrids(tmp_path, n=0)
+    with pytest.raises(ValueError, match="intervention.levels"):
+        Diagnostics(tmp_path, levels=[])
+    trainer = FakeTrainer(is_global_zero=True, datamodule=TinyData())
+    with pytest.raises(ValueError, match=r"intervention.levels: \['intermediate'\]"):
+        Diagnostics(tmp_path, levels=["fine", "intermediate"]).on_fit_start(trainer, TinyAE())
 
 
 # --------------------------------------------------------------------------- image grids

@@ -16,6 +16,7 @@ from icm.callbacks.probe import (
     preserved_rng,
     probe_images,
     probe_latents,
+    to_module,
     wandb_log,
     wandb_loggers,
 )
@@ -103,15 +104,15 @@ class ImageGrids(pl.Callback):
         nrow = math.ceil(math.sqrt(self.n))
         written: dict[str, Path] = {}
         with preserved_rng(device), eval_mode(pl_module):
-            samples = pl_module.generate(self.latents.to(device)).cpu()
+            samples = pl_module.generate(to_module(self.latents, pl_module)).float().cpu()
             written["samples"] = save_image(
                 image_grid(samples, nrow=nrow), self.figures_dir / "samples.png"
             )
             if self.images is not None and callable(getattr(pl_module, "reconstruct", None)):
-                real = self.images.to(device)
-                recon = pl_module.reconstruct(real).cpu()
+                real = to_module(self.images, pl_module)
+                recon = pl_module.reconstruct(real).float().cpu()
                 written["reconstructions"] = save_image(
-                    image_grid(_interleave_rows(real.cpu(), recon, nrow), nrow=nrow),
+                    image_grid(_interleave_rows(real.float().cpu(), recon, nrow), nrow=nrow),
                     self.figures_dir / "reconstructions.png",
                 )
         self._last_step = int(trainer.global_step)

@@ -93,6 +93,15 @@ def probe_images(trainer: pl.Trainer, n: int, *, allow_train: bool = False) -> t
     return None
 
 
+def to_module(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``x`` on the device and in the floating dtype of ``module``'s first parameter
+    (a bf16-true or fp64 model gets probes it can consume)."""
+    param = next(module.parameters(), None)
+    if param is None:
+        return x
+    return x.to(device=param.device, dtype=param.dtype if x.is_floating_point() else x.dtype)
+
+
 @contextmanager
 def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     """Put ``module`` in eval mode (BN running stats, no dropout) under no_grad; restore
