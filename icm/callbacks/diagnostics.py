@@ -15,7 +15,6 @@ import pytorch_lightning as pl
 import torch
 
 from icm.callbacks.probe import (
-    eval_mode,
     is_active,
     log_scalars,
     preserved_rng,
@@ -26,7 +25,7 @@ from icm.callbacks.probe import (
     wandb_loggers,
 )
 from icm.callbacks.records import append_record, read_records, truncate_records
-from icm.layers import level_names, record_causes, resolve_layer
+from icm.layers import eval_mode, level_names, record_causes, resolve_layer
 
 RECORDS_FILE = "diagnostics.jsonl"
 STAT_KEYS = ("mean", "std", "median", "mode")

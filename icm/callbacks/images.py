@@ -11,7 +11,6 @@ import pytorch_lightning as pl
 import torch
 
 from icm.callbacks.probe import (
-    eval_mode,
     is_active,
     preserved_rng,
     probe_images,
@@ -20,6 +19,7 @@ from icm.callbacks.probe import (
     wandb_log,
     wandb_loggers,
 )
+from icm.layers import eval_mode
 from icm.report.figures import image_grid, save_image
 
 

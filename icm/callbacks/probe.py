@@ -1,4 +1,4 @@
-"""Shared plumbing of the callbacks: rank-zero guard, fixed probes, eval mode, RNG, loggers."""
+"""Shared plumbing of the callbacks: rank-zero guard, fixed probes, RNG, loggers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,20 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+
+from icm.layers import eval_mode  # re-exported: one eval-mode helper for the project
+
+__all__ = [
+    "eval_mode",
+    "is_active",
+    "log_scalars",
+    "preserved_rng",
+    "probe_images",
+    "probe_latents",
+    "to_module",
+    "wandb_log",
+    "wandb_loggers",
+]
 
 
 def is_active(trainer: pl.Trainer) -> bool:
@@ -100,20 +114,6 @@ def to_module(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     if param is None:
         return x
     return x.to(device=param.device, dtype=param.dtype if x.is_floating_point() else x.dtype)
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Put ``module`` in eval mode (BN running stats, no dropout) under no_grad; restore
-    each sub-module's own train/eval flag on exit."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield module
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 @contextmanager
