@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 
 from icm.callbacks.probe import (
+    Periodic,
     is_active,
     log_scalars,
     preserved_rng,
@@ -47,7 +48,7 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-class Diagnostics(pl.Callback):
+class Diagnostics(Periodic):
     """Spectral independence and extrapolation diagnostics during training (rank zero only).
 
     At fit start a fixed probe is drawn: ``probe_size`` latents from N(0, I) with
@@ -196,21 +197,8 @@ class Diagnostics(pl.Callback):
         ]
         self._last_step = step if any(h["step"] == step for h in self._history) else None
 
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        step = int(trainer.global_step)
-        if is_active(trainer) and step % self.every_n_steps == 0 and step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if is_active(trainer) and int(trainer.global_step) != self._last_step:
-            self.evaluate(trainer, pl_module)
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        return self.evaluate(trainer, pl_module)
 
     # ------------------------------------------------------------------ work
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from icm.callbacks.probe import (
+    Periodic,
     is_active,
     preserved_rng,
     probe_images,
@@ -23,7 +24,7 @@ from icm.layers import eval_mode
 from icm.report.figures import image_grid, save_image
 
 
-class ImageGrids(pl.Callback):
+class ImageGrids(Periodic):
     """Save ``figures/samples.png`` (``pl_module.generate`` of ``n`` fixed latents drawn from
     N(0, I) with ``torch.Generator(seed)``) and, for models with ``reconstruct``,
     ``figures/reconstructions.png`` (probe images in odd rows, their reconstructions in the
@@ -80,21 +81,8 @@ class ImageGrids(pl.Callback):
         ):
             self.images = probe_images(trainer, self.n, allow_train=True)
 
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        step = int(trainer.global_step)
-        if is_active(trainer) and step % self.every_n_steps == 0 and step != self._last_step:
-            self.save(trainer, pl_module)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if is_active(trainer) and int(trainer.global_step) != self._last_step:
-            self.save(trainer, pl_module)
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        return self.save(trainer, pl_module)
 
     def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Path]:
         """Draw and write the grids now; return {name: path} of the files written."""

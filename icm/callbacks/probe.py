@@ -155,3 +155,31 @@ def wandb_log(trainer: pl.Trainer, payload: Mapping[str, Any], step: int) -> Non
             logger.experiment.log({**payload, "trainer/global_step": step})
         except Exception as exc:  # a dashboard failure must never stop training
             warnings.warn(f"wandb logging failed at step {step}: {exc}", stacklevel=2)
+
+
+class Periodic(pl.Callback):
+    """Base of the probe callbacks: calls ``self.run(trainer, pl_module)`` every
+    ``self.every_n_steps`` global steps and once at the end of training (never twice for
+    the same step), on rank zero only. ``run`` records the step in ``self._last_step``."""
+
+    every_n_steps: int
+    _last_step: int | None = None
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        raise NotImplementedError
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        step = int(trainer.global_step)
+        if is_active(trainer) and step % self.every_n_steps == 0 and step != self._last_step:
+            self.run(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if is_active(trainer) and int(trainer.global_step) != self._last_step:
+            self.run(trainer, pl_module)
