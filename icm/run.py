@@ -121,6 +121,7 @@ class RunGuard(pl.Callback):
       Lightning always places last); the last good `last.ckpt` stays;
     - SIGTERM (SLURM pre-emption, `kill`): Lightning stops at the end of the current batch
       and this callback saves `checkpoints/last.ckpt` before the process exits;
+    - `checkpoints/last.ckpt` is written at the end of training, whatever the cadence;
     - `run.json` records running / completed / failed / interrupted and the global step.
     """
 
@@ -146,6 +147,9 @@ class RunGuard(pl.Callback):
                 )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # ModelCheckpoint saves every `checkpoint_every` steps; the final step is saved here
+        # so `last.ckpt` always holds the end of training (all ranks call save_checkpoint).
+        trainer.save_checkpoint(self.last_ckpt)
         if trainer.is_global_zero:
             update_status(self.run_dir, status="completed", global_step=trainer.global_step)
 
