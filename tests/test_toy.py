@@ -446,3 +446,7 @@ def test_cli_main(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         toy.main()
     assert exc.value.code == 2
+    # An unknown key: one line naming it, no run directory.
+    with pytest.raises(SystemExit) as exc:
+        toy.main(["example1.no_such_key=1", f"hydra.run.dir={tmp_path / 'unknown'}"])
+    assert exc.value.code == 2 and not (tmp_path / "unknown").exists()

@@ -14,6 +14,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from icm.cli import CONF_DIR
+from icm.cli.common import run_cli
 from icm.report.toy_figures import (
     extrapolation_figure,
     fourier_paths_figure,
@@ -239,13 +240,18 @@ def run_toy(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, 
 
 # An absolute config path: a relative one resolves as a Python package for the console script.
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="toy")
-def main(cfg: DictConfig) -> None:
-    """Console entry point ``icm-toy``."""
+def _hydra_main(cfg: DictConfig) -> None:
     try:
         run_toy(cfg)
     except ValueError as exc:  # bad parameters: one line, no traceback
         print(f"icm-toy: error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point ``icm-toy``: an unknown key or a malformed value stops with one
+    line before any run directory exists."""
+    run_cli("icm-toy", _hydra_main, "toy", argv=argv)
 
 
 if __name__ == "__main__":
