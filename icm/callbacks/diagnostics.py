@@ -110,9 +110,7 @@ class Diagnostics(Periodic):
         histogram_bins: int = 50,
         grid_columns: int = 8,
     ) -> None:
-        super().__init__()
-        if int(every_n_steps) < 1:
-            raise ValueError(f"every_n_steps: must be >= 1, got {every_n_steps}")
+        super().__init__(every_n_steps)
         if int(probe_size) < 1:
             raise ValueError(f"probe_size: must be >= 1, got {probe_size}")
         if not float(factor) > 0:
@@ -124,7 +122,6 @@ class Diagnostics(Periodic):
         if wavelet_levels is not None and int(wavelet_levels) < 1:
             raise ValueError(f"wavelet_levels: must be >= 1 or None, got {wavelet_levels}")
         self.output_dir = Path(output_dir)
-        self.every_n_steps = int(every_n_steps)
         self.probe_size = int(probe_size)
         self.seed = int(seed)
         self.sdr = bool(sdr)
@@ -142,7 +139,6 @@ class Diagnostics(Periodic):
         self.grid_columns = int(grid_columns)
         self.latents: torch.Tensor | None = None
         self.images: torch.Tensor | None = None
-        self._last_step: int | None = None
         self._history: list[dict[str, Any]] = []  # step + stretch scores, for Fig. 6f
         self._warned: set[str] = set()
 

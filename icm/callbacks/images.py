@@ -42,18 +42,14 @@ class ImageGrids(Periodic):
         n: int = 64,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        if int(every_n_steps) < 1:
-            raise ValueError(f"every_n_steps: must be >= 1, got {every_n_steps}")
+        super().__init__(every_n_steps)
         if int(n) < 1:
             raise ValueError(f"n: must be >= 1, got {n}")
         self.output_dir = Path(output_dir)
-        self.every_n_steps = int(every_n_steps)
         self.n = int(n)
         self.seed = int(seed)
         self.latents: torch.Tensor | None = None
         self.images: torch.Tensor | None = None
-        self._last_step: int | None = None
 
     @property
     def figures_dir(self) -> Path:

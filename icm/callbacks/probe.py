@@ -165,6 +165,13 @@ class Periodic(pl.Callback):
     every_n_steps: int
     _last_step: int | None = None
 
+    def __init__(self, every_n_steps: int) -> None:
+        super().__init__()
+        if int(every_n_steps) < 1:
+            raise ValueError(f"every_n_steps: must be >= 1, got {every_n_steps}")
+        self.every_n_steps = int(every_n_steps)
+        self._last_step = None
+
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
         raise NotImplementedError
 
