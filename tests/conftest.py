@@ -13,20 +13,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-# Overrides that shrink any icm-train job to seconds on a CPU.
-TINY = [
-    "model.channels=[8,8,8,8]",
-    "model.latent_dim=8",
-    "model.image_size=16",
-    "data.datamodule.batch_size=8",
-    "data.datamodule.num_workers=0",
-    "trainer.max_steps=4",
-    "trainer.val_check_interval=2",
-    "trainer.limit_val_batches=1",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_progress_bar=false",
-    "checkpoint_every=2",
-]
+from tiny_configs import TINY  # noqa: E402
 
 
 @pytest.fixture

@@ -10,25 +10,17 @@ import sys
 
 import pytest
 import torch
+from tiny_configs import DIAG_NO_FIGURES, FACES_SMALL
 
 from icm.callbacks.records import read_records
 from icm.lit.checkpoint import load_module
-
-FACES_SMALL = ["data.datamodule.dataset.num_images=96"]
-# Diagnostics every 2 steps on 8 probe images; no figures or image grids (seconds per job).
-DIAG_FAST = [
-    "callbacks.diagnostics.every_n_steps=2",
-    "callbacks.diagnostics.probe_size=8",
-    "callbacks.diagnostics.figures=false",
-    "~callbacks.images",
-]
 
 
 @pytest.mark.slow
 def test_ddp_cpu_run_writes_one_run_directory(tmp_path, tiny_overrides):
     # No hydra.run.dir: the default one carries a time stamp, and rank 1, which Lightning
     # starts by re-running the command line, must land in rank 0's directory.
-    args = [*tiny_overrides, *FACES_SMALL, *DIAG_FAST, "trainer=ddp_cpu", "logger=wandb",
+    args = [*tiny_overrides, *FACES_SMALL, *DIAG_NO_FIGURES, "trainer=ddp_cpu", "logger=wandb",
             f"paths.root_dir={tmp_path}"]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
     run = subprocess.run([sys.executable, "-m", "icm.train", *args], cwd=tmp_path, env=env,

@@ -14,13 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from tiny_configs import FACES_SMALL, compose_cfg
 
 from icm.callbacks.records import read_records
-from icm.cli import CONF_DIR
 from icm.train import train
 
-FACES = ["data.datamodule.dataset.num_images=96"]
 CADENCE = ["checkpoint_every=10", "callbacks.diagnostics.every_n_steps=10",
            "callbacks.diagnostics.probe_size=8", "callbacks.diagnostics.figures=false",
            "callbacks.images.every_n_steps=1000", "callbacks.images.n=8"]
@@ -51,7 +49,7 @@ def diagnostics_lines(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_sigkill_then_resume_finishes_at_the_requested_step(tmp_path, tiny_overrides):
     run_dir = tmp_path / "run"
-    args = [*tiny_overrides, *FACES, *CADENCE, "trainer.max_steps=80", "logger=[wandb,csv]"]
+    args = [*tiny_overrides, *FACES_SMALL, *CADENCE, "trainer.max_steps=80", "logger=[wandb,csv]"]
     proc = start([*args, f"hydra.run.dir={run_dir}"], tmp_path)
     wait_for_records(run_dir / "diagnostics.jsonl", 2, proc)
     proc.send_signal(signal.SIGKILL)
@@ -77,8 +75,8 @@ def test_sigkill_then_resume_finishes_at_the_requested_step(tmp_path, tiny_overr
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_before_exit(tmp_path, tiny_overrides):
     run_dir = tmp_path / "run"
-    args = [*tiny_overrides, *FACES, *CADENCE, "trainer.max_steps=400", "checkpoint_every=1000",
-            "logger=none", "callbacks.diagnostics.every_n_steps=5"]
+    args = [*tiny_overrides, *FACES_SMALL, *CADENCE, "trainer.max_steps=400",
+            "checkpoint_every=1000", "logger=none", "callbacks.diagnostics.every_n_steps=5"]
     proc = start([*args, f"hydra.run.dir={run_dir}"], tmp_path)
     wait_for_records(run_dir / "diagnostics.jsonl", 2, proc)
     proc.send_signal(signal.SIGTERM)
@@ -87,11 +85,6 @@ def test_sigterm_saves_a_checkpoint_before_exit(tmp_path, tiny_overrides):
     assert status["status"] == "interrupted"
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert 10 <= ckpt["global_step"] < 400 and ckpt["global_step"] == status["global_step"]
-
-
-def compose_cfg(overrides: list[str], out: Path):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[*overrides, f"paths.output_dir={out}"])
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
@@ -111,7 +104,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(vae_module, "vae_loss", loss_turning_nan)
     out = tmp_path / "run"
-    cfg = compose_cfg([*tiny_overrides, *FACES, "trainer.max_steps=8", "checkpoint_every=2",
+    cfg = compose_cfg([*tiny_overrides, *FACES_SMALL, "trainer.max_steps=8", "checkpoint_every=2",
                        "trainer.val_check_interval=100", "logger=none",
                        "callbacks=minimal"], out)
     with pytest.raises(FloatingPointError, match=r"train/loss is nan at step 4"):
@@ -129,8 +122,9 @@ def losses(run_dir: Path) -> list[float]:
 
 
 def test_same_seed_same_losses_different_seed_different(tmp_path, tiny_overrides):
-    common = [*tiny_overrides, *FACES, "trainer.max_steps=50", "trainer.val_check_interval=100",
-              "logger=csv", "callbacks=none", "checkpoint_every=1000"]
+    common = [*tiny_overrides, *FACES_SMALL, "trainer.max_steps=50",
+              "trainer.val_check_interval=100", "logger=csv", "callbacks=none",
+              "checkpoint_every=1000"]
     runs = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         train(compose_cfg([*common, f"seed={seed}"], tmp_path / name))

@@ -17,6 +17,7 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from tiny_configs import DIAG_NO_FIGURES, FACES_SMALL
 
 from icm.callbacks.records import append_record, read_records
 from icm.cli import CONF_DIR
@@ -33,14 +34,6 @@ from icm.report.compare import (
 )
 
 SWEEPS_DIR = CONF_DIR.parent / "sweeps"
-FACES_SMALL = ["data.datamodule.dataset.num_images=96"]
-# Diagnostics every 2 steps on 8 probe images; no figures or image grids (seconds per job).
-DIAG_FAST = [
-    "callbacks.diagnostics.every_n_steps=2",
-    "callbacks.diagnostics.probe_size=8",
-    "callbacks.diagnostics.figures=false",
-    "~callbacks.images",
-]
 
 
 def compose_cfg(overrides: list[str]):
@@ -286,7 +279,7 @@ def test_folder_without_jobs_is_a_one_line_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_two_by_two_multirun_then_compare(tmp_path, tiny_overrides):
     sweep_dir = tmp_path / "multirun"
-    args = [*tiny_overrides, *FACES_SMALL, *DIAG_FAST, "logger=csv", "regularizer=none,sdr",
+    args = [*tiny_overrides, *FACES_SMALL, *DIAG_NO_FIGURES, "logger=csv", "regularizer=none,sdr",
             "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
     run = subprocess.run([sys.executable, "-m", "icm.train", "-m", *args], cwd=tmp_path,

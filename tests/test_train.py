@@ -12,25 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
+from tiny_configs import FACES_SMALL, compose_cfg
 
 from icm.cli import CONF_DIR
 from icm.train import train
 
-FACES_SMALL = ["data.datamodule.dataset.num_images=96"]
 DIAG_FAST = [
     "callbacks.diagnostics.every_n_steps=2",
     "callbacks.diagnostics.probe_size=8",
     "callbacks.images.every_n_steps=2",
     "callbacks.images.n=8",
 ]
-
-
-def compose_cfg(overrides: list[str], out: Path):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[*overrides, f"paths.output_dir={out}"])
 
 
 def write_images(folder: Path, n: int, size: tuple[int, int] = (40, 48)) -> None:
